@@ -1,0 +1,182 @@
+"""The two adapter layers: quality-gated LoRA (two branches mixed per sample) and plain LoRA.
+
+``QualityGatedLoRA`` computes, for a frozen ``base`` layer and a per-sample weight α ∈ [0, 1]::
+
+    y = base(x) + scale · ((1 − α) · B_lq A_lq x + α · B_hq A_hq x)
+
+Both branches are stored fused: ``lora_A`` stacks ``A_lq`` over ``A_hq`` (2r × in) and
+``lora_B`` puts ``B_lq`` beside ``B_hq`` (out × 2r). The forward then needs one
+down-projection, a per-row gate on the 2r hidden columns and one up-projection that is
+accumulated into the base output (``addmm``), instead of the four matmuls on the two scaled
+copies of ``x`` that the literal formula costs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from quality_lora.gate import AlphaState, resolve_alpha
+
+__all__ = ["QualityGatedLoRA", "LoRALinear", "AdapterLayer"]
+
+
+def _check_base(base: nn.Module, r: int, scale: float, dropout: float) -> None:
+    if not isinstance(base, nn.Linear):
+        raise TypeError(f"adapters wrap nn.Linear only, got {type(base).__name__}")
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"r must be a positive int, got {r!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+class AdapterLayer(nn.Module):
+    """What both adapter kinds share: the frozen base, rank, scale, dropout and a name."""
+
+    kind: str = ""
+    branches: int = 1
+
+    def __init__(self, base: nn.Linear, r: int = 8, scale: float = 1.0, dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_base(base, r, float(scale), float(dropout))
+        self.base = base
+        self.r = r
+        self.scale = float(scale)
+        self.dropout_p = float(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        rows = self.branches * r
+        self.lora_A = nn.Parameter(torch.empty(rows, base.in_features, **factory))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rows, **factory))
+        self.reset_adapter()
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        # Set by inject_adapters: the shared per-model alpha state and the module's dotted name.
+        self.alpha_state: AlphaState | None = None
+        self.adapter_name = type(self).__name__
+        self.called = False
+
+    def reset_adapter(self) -> None:
+        """PETALface initialisation: A ~ N(0, σ = 1/r), B = 0, so the adapter starts as a no-op."""
+        with torch.no_grad():
+            self.lora_A.normal_(0.0, 1.0 / self.r)
+            self.lora_B.zero_()
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> Tensor:
+        # Read-only access for code that inspects ``layer.weight`` (shape/dtype/device checks).
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base.bias
+
+    def delta_weight(self, alpha: float = 1.0) -> Tensor:
+        """The adapter's contribution as a dense (out, in) matrix at a fixed alpha."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, r={self.r}, scale={self.scale}, dropout={self.dropout_p}"
+
+
+class QualityGatedLoRA(AdapterLayer):
+    """Two LoRA branches on a frozen ``nn.Linear``, mixed per sample by alpha.
+
+    Args:
+        base: the layer to adapt; frozen in place, dtype and device are taken from it.
+        r: rank of each branch.
+        scale: multiplier of the adapter output (PETALface uses 1.0).
+        dropout: dropout on each branch's output, in training only.
+
+    Call as ``layer(x, alpha)`` with ``x`` of shape (B', ..., in) and ``alpha`` of shape (B,) or
+    (B, 1), where ``B' = k·B`` (k = 1 for token layers, windows per image for window
+    attention, batch outermost). With ``alpha=None`` the alpha set on the model
+    (``model(x, alpha=...)`` or ``use_alpha``) is used. Returns (B', ..., out).
+    """
+
+    kind = "gated"
+    branches = 2
+
+    @property
+    def lq_A(self) -> Tensor:
+        return self.lora_A[: self.r]
+
+    @property
+    def hq_A(self) -> Tensor:
+        return self.lora_A[self.r :]
+
+    @property
+    def lq_B(self) -> Tensor:
+        return self.lora_B[:, : self.r]
+
+    @property
+    def hq_B(self) -> Tensor:
+        return self.lora_B[:, self.r :]
+
+    def forward(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
+        rows = x.shape[0]
+        a = resolve_alpha(self, alpha, rows).to(dtype=x.dtype)  # (rows,)
+        self.called = True
+        x2 = x.reshape(-1, x.shape[-1])
+        per_row = x2.shape[0] // rows if rows else 0
+        hidden = F.linear(x2, self.lora_A).view(rows, per_row, 2, self.r)
+        gate = torch.stack((1.0 - a, a), dim=-1).mul_(self.scale).view(rows, 1, 2, 1)
+        hidden = (hidden * gate).view(-1, 2 * self.r)
+        if self.training and self.dropout_p > 0:
+            # Independent dropout per branch output (as the original) rules out the fused up-projection.
+            up = self.dropout(F.linear(hidden[:, : self.r], self.lq_B))
+            up = up + self.dropout(F.linear(hidden[:, self.r :], self.hq_B))
+            out = F.linear(x2, self.base.weight, self.base.bias) + up
+        elif self.base.bias is not None:
+            out = torch.addmm(self.base.bias, x2, self.base.weight.t())
+            out = torch.addmm(out, hidden, self.lora_B.t())
+        else:
+            out = torch.addmm(x2 @ self.base.weight.t(), hidden, self.lora_B.t())
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def delta_weight(self, alpha: float = 1.0) -> Tensor:
+        """``scale · ((1 − α) B_lq A_lq + α B_hq A_hq)`` as an (out, in) matrix."""
+        return self.scale * ((1.0 - alpha) * (self.lq_B @ self.lq_A) + alpha * (self.hq_B @ self.hq_A))
+
+
+class LoRALinear(AdapterLayer):
+    """One LoRA branch on a frozen ``nn.Linear``: ``y = base(x) + dropout(scale · B A x)``.
+
+    PETALface puts one on the final feature projection. ``x``: (..., in) → (..., out).
+    """
+
+    kind = "lora"
+    branches = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.called = True
+        x2 = x.reshape(-1, x.shape[-1])
+        hidden = F.linear(x2, self.lora_A)
+        if self.training and self.dropout_p > 0:
+            out = F.linear(x2, self.base.weight, self.base.bias)
+            out = out + self.dropout(F.linear(hidden, self.lora_B) * self.scale)
+        else:
+            base_out = (
+                torch.addmm(self.base.bias, x2, self.base.weight.t())
+                if self.base.bias is not None
+                else x2 @ self.base.weight.t()
+            )
+            out = torch.addmm(base_out, hidden, self.lora_B.t(), alpha=self.scale)
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def delta_weight(self, alpha: float = 1.0) -> Tensor:
+        """``scale · B A`` as an (out, in) matrix (alpha is ignored: one branch)."""
+        return self.scale * (self.lora_B @ self.lora_A)
