@@ -28,6 +28,8 @@ _LAZY = {
     "push_adapters": "quality_lora.io",
     "AlphaMap": "quality_lora.quality",
     "QualityGatedModel": "quality_lora.quality",
+    "Trainer": "quality_lora.training",
+    "TrainConfig": "quality_lora.training",
 }
 _SUBMODULES = {"quality", "models", "data", "evaluation", "losses", "training", "io", "peft"}
 

@@ -200,7 +200,9 @@ def inject_adapters(
         model: any module.
         target_modules: dotted suffixes, ``"re:<regex>"``, presets (``"attention"``, ``"mlp"``,
             ``"all-linear"``) or a mapping ``{target: "gated" | "lora"}``.
-        r, scale, dropout: adapter rank, output scale and per-branch dropout.
+        r: adapter rank (per branch).
+        scale: adapter output scale.
+        dropout: per-branch dropout on the adapter output, in training only.
         gated: adapter kind for targets given as a list (two-branch gated if True, plain LoRA if False).
         exclude_modules: targets (same syntax) to leave alone.
 

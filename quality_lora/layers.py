@@ -127,29 +127,83 @@ class QualityGatedLoRA(AdapterLayer):
         return self.lora_B[:, self.r :]
 
     def forward(self, x: Tensor, alpha: Tensor | None = None) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"layer {self.adapter_name!r}: input must have shape (B, ..., {self.in_features}), got {tuple(x.shape)}")
         rows = x.shape[0]
-        a = resolve_alpha(self, alpha, rows).to(dtype=x.dtype)  # (rows,)
+        a = resolve_alpha(self, alpha, rows)  # (rows,)
         self.called = True
         x2 = x.reshape(-1, x.shape[-1])
-        per_row = x2.shape[0] // rows if rows else 0
-        hidden = F.linear(x2, self.lora_A).view(rows, per_row, 2, self.r)
-        gate = torch.stack((1.0 - a, a), dim=-1).mul_(self.scale).view(rows, 1, 2, 1)
-        hidden = (hidden * gate).view(-1, 2 * self.r)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        # Gate per row and hidden column: (1 − α)·scale on the lq half, α·scale on the hq half.
+        gate = torch.stack((1.0 - a, a), dim=-1).to(dtype).mul_(self.scale).repeat_interleave(self.r, dim=-1)
         if self.training and self.dropout_p > 0:
             # Independent dropout per branch output (as the original) rules out the fused up-projection.
+            hidden = _gate_rows(F.linear(x2, self.lora_A), gate)
             up = self.dropout(F.linear(hidden[:, : self.r], self.lq_B))
             up = up + self.dropout(F.linear(hidden[:, self.r :], self.hq_B))
             out = F.linear(x2, self.base.weight, self.base.bias) + up
-        elif self.base.bias is not None:
-            out = torch.addmm(self.base.bias, x2, self.base.weight.t())
-            out = torch.addmm(out, hidden, self.lora_B.t())
+        elif torch.is_autocast_enabled(x.device.type):
+            # Autocast picks the matmul dtypes; the fused Function would bypass it.
+            hidden = _gate_rows(F.linear(x2, self.lora_A), gate)
+            out = F.linear(x2, self.base.weight, self.base.bias) + F.linear(hidden, self.lora_B)
         else:
-            out = torch.addmm(x2 @ self.base.weight.t(), hidden, self.lora_B.t())
+            out = _FusedGatedLinear.apply(x2, self.lora_A, self.lora_B, self.base.weight, self.base.bias, gate)
         return out.view(*x.shape[:-1], self.out_features)
 
     def delta_weight(self, alpha: float = 1.0) -> Tensor:
         """``scale · ((1 − α) B_lq A_lq + α B_hq A_hq)`` as an (out, in) matrix."""
         return self.scale * ((1.0 - alpha) * (self.lq_B @ self.lq_A) + alpha * (self.hq_B @ self.hq_A))
+
+
+def _gate_rows(hidden: Tensor, gate: Tensor) -> Tensor:
+    """Multiply (M, 2r) hidden rows by a (rows, 2r) gate, M = k·rows (batch outermost)."""
+    rows = gate.shape[0]
+    return (hidden.view(rows, -1, hidden.shape[-1]) * gate.unsqueeze(1)).view_as(hidden)
+
+
+class _FusedGatedLinear(torch.autograd.Function):
+    """``x W^T + b + (gate ⊙ x A^T) B^T`` with the base and up-projection in one matmul.
+
+    Forward: one skinny down-projection, then ``[x | h] @ [W | B]^T`` so the output is written
+    once (a second ``addmm`` pass over the output costs as much as the whole adapter).
+    Backward: ``gy @ [W | B]`` yields the base input gradient and the hidden gradient in one
+    pass over ``gy``; the frozen base weight gets no gradient unless it requires one.
+    Shapes: x (M, in), A (2r, in), B (out, 2r), W (out, in), b (out,) or None, gate (rows, 2r).
+    """
+
+    @staticmethod
+    def forward(ctx, x, lora_a, lora_b, weight, bias, gate):  # type: ignore[override]
+        hidden = _gate_rows(x @ lora_a.t(), gate)
+        joint_in = torch.cat((x, hidden), dim=1)
+        joint_w = torch.cat((weight, lora_b), dim=1)
+        out = torch.addmm(bias, joint_in, joint_w.t()) if bias is not None else joint_in @ joint_w.t()
+        ctx.save_for_backward(x, lora_a, lora_b, weight, hidden, gate)
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, lora_a, lora_b, weight, hidden, gate = ctx.saved_tensors
+        need_x, need_a, need_b, need_w, need_bias, _ = ctx.needs_input_grad
+        grad_x = grad_a = grad_b = grad_w = grad_bias = None
+        in_features = x.shape[1]
+        if need_x:
+            joint = grad_out @ torch.cat((weight, lora_b), dim=1)  # (M, in + 2r)
+            grad_x, grad_hidden = joint[:, :in_features], joint[:, in_features:]
+        else:
+            grad_hidden = grad_out @ lora_b
+        grad_h = _gate_rows(grad_hidden, gate)
+        if need_x:
+            grad_x = grad_x.addmm_(grad_h, lora_a)
+        if need_a:
+            grad_a = grad_h.t() @ x
+        if need_b:
+            grad_b = grad_out.t() @ hidden
+        if need_w:
+            grad_w = grad_out.t() @ x
+        if need_bias and ctx.has_bias:
+            grad_bias = grad_out.sum(0)
+        return grad_x, grad_a, grad_b, grad_w, grad_bias, None
 
 
 class LoRALinear(AdapterLayer):

@@ -1,0 +1,2 @@
+from quality_lora._bench.data import main
+raise SystemExit(main())

@@ -1,0 +1,2 @@
+from quality_lora._bench.model import main
+raise SystemExit(main())
