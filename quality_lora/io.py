@@ -62,6 +62,8 @@ def _config(model: nn.Module, alpha_map: Any, scorer: Any, extra: dict[str, Any]
         raise ValueError(f"{type(model).__name__} has no adapters to save: call inject_adapters(model, ...) first")
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
+        # Lets peft's PeftModel.from_pretrained read the folder too (after `import quality_lora.peft`).
+        "peft_type": "QUALITY_LORA",
         "library": "quality-lora",
         "library_version": __version__,
         "base_model_class": type(model).__name__,
