@@ -13,7 +13,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "score": ("quality_lora.quality.cli", "score images with a quality scorer and show the alpha they map to"),
     "convert": ("quality_lora.models.convert", "convert an original PETALface model.pt to adapter files"),
     "data": ("quality_lora.data.cli", "dataset tools (pack an image folder into RecordIO)"),
-    "bench": ("quality_lora._bench", "speed benchmarks (layer, model, data)"),
+    "bench": ("quality_lora._bench", "speed benchmarks (layer, model, data, identification)"),
 }
 
 

@@ -1,10 +1,11 @@
-"""``quality-lora bench layer|model|data``: speed benchmarks that print ratios to a reference."""
+"""``quality-lora bench layer|model|data|identification``: speed benchmarks that print ratios to a reference."""
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHES = {"layer": "quality_lora._bench.layer", "model": "quality_lora._bench.model", "data": "quality_lora._bench.data"}
+BENCHES = {"layer": "quality_lora._bench.layer", "model": "quality_lora._bench.model", "data": "quality_lora._bench.data",
+           "identification": "quality_lora.evaluation.scale_check"}
 
 
 def main(argv: list[str] | None = None) -> int:

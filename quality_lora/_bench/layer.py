@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     parser.add_argument("--shape", choices=sorted(SHAPES), action="append", help="default: all")
+    parser.add_argument("--rows-divisor", type=int, default=1, help="fewer rows, for a smoke test")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, r={args.r}; median times, ratios vs base")
     for name in args.shape or list(SHAPES):
         rows, tokens, dim_in, dim_out = SHAPES[name]
+        rows = max(1, rows // args.rows_divisor)
         results = bench_shape(rows, tokens, dim_in, dim_out, args.r, args.rounds)
         print(f"\n{name}: x {rows}x{tokens}x{dim_in} -> {dim_out}")
         for mode, times in results.items():
