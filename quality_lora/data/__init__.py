@@ -1,5 +1,5 @@
 """Face data: RecordIO without mxnet, image folders, TinyFace, ``.bin`` verification sets,
-transforms and low-resolution degradation."""
+transforms, low-resolution degradation and SynthFaces (procedural faces for demos and tests)."""
 from __future__ import annotations
 
 from .degrade import Degradation, degrade, degrade_batch
@@ -12,12 +12,12 @@ from .recordio import (IRHeader, RecordIOError, RecordIOReader, RecordIOWriter, 
 from .transforms import CorruptImageError, FaceTransform, decode_image, load_image
 from .verification import VerificationBinDataset, load_bin
 
-# synthfaces: see quality_lora.data.synthfaces
+from .synthfaces import SynthFaces, SynthFacesDataset
 
 __all__ = [
     "CorruptImageError", "DISTRACTOR_LABEL", "Degradation", "FaceTransform", "IRHeader",
     "ImageFolderDataset", "PackResult", "RecordDataset", "RecordIOError", "RecordIOReader",
-    "RecordIOWriter", "TinyFaceDataset", "VerificationBinDataset", "decode_image", "degrade",
+    "RecordIOWriter", "SynthFaces", "SynthFacesDataset", "TinyFaceDataset", "VerificationBinDataset", "decode_image", "degrade",
     "degrade_batch", "list_images", "load_bin", "load_image", "pack_folder", "pack_header",
     "read_index", "read_property", "tinyface_label", "unpack_header",
 ]
