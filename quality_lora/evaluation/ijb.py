@@ -220,7 +220,7 @@ def roc(scores, is_genuine) -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.metrics import roc_curve
     except ImportError as e:
-        raise ImportError("IJB evaluation needs scikit-learn: pip install quality-lora[eval]") from e
+        raise ImportError("IJB evaluation needs scikit-learn: pip install scikit-learn") from e
     labels = np.asarray(is_genuine).astype(int).reshape(-1)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(labels) != len(s):

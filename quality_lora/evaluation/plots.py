@@ -11,7 +11,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("plots need matplotlib: pip install quality-lora[eval]") from e
+        raise ImportError("plots need matplotlib: pip install matplotlib") from e
     matplotlib.use("Agg")   # no display needed; safe on servers and in tests
     import matplotlib.pyplot as plt
 
