@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from quality_lora import __version__
+from quality_lora._atomic import atomic_write, atomic_write_text
 from quality_lora.gate import is_petalface_compatible, set_petalface_compatible
 from quality_lora.inject import adapter_layers, inject_adapters
 
@@ -87,18 +88,6 @@ def _config(model: nn.Module, alpha_map: Any, scorer: Any, extra: dict[str, Any]
     return config
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; adapter files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_adapters(
     model: nn.Module,
     directory: str | os.PathLike[str],
@@ -118,8 +107,8 @@ def save_adapters(
     config = _config(model, alpha_map, scorer, extra_config)
     tensors = adapter_state_dict(model)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt", "library": "quality-lora"}))
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata={"format": "pt", "library": "quality-lora"}))
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 

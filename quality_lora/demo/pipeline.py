@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from quality_lora._atomic import atomic_write
 from quality_lora.demo.data import EvalSets, TrainSet, to_input
 from quality_lora.demo.settings import DemoSettings
 
@@ -93,11 +94,9 @@ def load_or_pretrain(s: DemoSettings, make_data: Callable[[], TrainSet], device:
     data = make_data()
     model, seconds = pretrain(s, data, device, log)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp), metadata={"train_seconds": f"{seconds:.3f}", "settings_key": s.key()})
-        tmp.replace(path)
+        metadata = {"train_seconds": f"{seconds:.3f}", "settings_key": s.key()}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
     return model, seconds, False
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
+from quality_lora._atomic import atomic_write_text
 from quality_lora.demo.data import EvalSets
 
 NAMES = {"pretrained": "Pretrained (HR only)", "full": "Full fine-tuning", "lora": "LoRA",
@@ -29,10 +29,7 @@ def table(methods: dict[str, dict]) -> str:
 
 def write_json(path: Path, data: dict) -> Path:
     """Atomically write ``data`` as JSON (a crash never leaves a half-written results.json)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def plots(out: Path, curves: dict[str, dict], sets: EvalSets, gate, device: torch.device) -> list[Path]:

@@ -17,11 +17,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
+
+from quality_lora._atomic import atomic_write_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,11 +109,8 @@ def _jsonable(x):
     return x
 
 
-def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(obj), f, indent=1)
-    os.replace(tmp, path)   # never leave a half-written results file
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1))   # never a half-written results file
 
 
 def run(models: dict[str, Callable], args: argparse.Namespace) -> dict:

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-import numpy as np
 import torch
+
+from quality_lora._atomic import atomic_write
 
 FUSIONS = ("normalized_sum", "raw_sum", "none")
 
@@ -157,15 +157,7 @@ class EmbeddingCache:
                    (("emb", e.emb), ("emb_flip", e.emb_flip), ("scores", e.scores), ("alphas", e.alphas))
                    if v is not None}
         path = self.dir / f"{key}.safetensors"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, path)   # never leave a half-written cache entry under the real name
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp))   # no half-written cache entry
 
     def get_or_compute(self, key: str, compute: Callable[[], Embeddings]) -> Embeddings:
         cached = self.load(key)

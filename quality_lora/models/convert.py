@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from quality_lora._atomic import atomic_write, atomic_write_text
 from quality_lora.models.checkpoint import DOWN, UP, export_petalface
 from quality_lora.models.factory import VARIANTS, petalface_swin
 from quality_lora.models.pretrained import finish, load_petalface
@@ -31,19 +30,6 @@ from quality_lora.models.swin import PetalFaceSwin
 BASE_NAME = "base_model.safetensors"
 CONFIG_NAME = "model_config.json"
 FORMAT_VERSION = 1
-
-
-def _atomic(path: Path, write: Any) -> None:
-    # Write beside the target and rename, so an interrupted run never leaves a half file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; published files should be readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -63,10 +49,10 @@ def save_converted(model: PetalFaceSwin, directory: str | os.PathLike) -> Path:
     config = dict(format_version=FORMAT_VERSION, architecture="petalface_swin",
                   size=getattr(model, "size", "custom"), arch=model.config, **adapter)
     base = base_state_dict(model)
-    _atomic(out / BASE_NAME, lambda p: save_file(base, p, metadata={"format": "pt", "library": "quality-lora"}))
+    atomic_write(out / BASE_NAME, lambda p: save_file(base, p, metadata={"format": "pt", "library": "quality-lora"}))
     if VARIANTS[config["variant"]]:
         save_adapters(model, out, extra_config={"base_model": "petalface_swin", "variant": config["variant"]})
-    _atomic(out / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -109,7 +95,7 @@ def save_petalface(model: nn.Module, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = export_petalface(model)
-    _atomic(path, lambda p: torch.save(sd, p))
+    atomic_write(path, lambda p: torch.save(sd, p))
     return path
 
 

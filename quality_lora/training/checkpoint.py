@@ -1,13 +1,14 @@
 """Training checkpoints: written atomically, read with ``weights_only=True``, RNG state included."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from quality_lora._atomic import atomic_write
 
 FORMAT = 1
 
@@ -20,22 +21,15 @@ def checkpoint_path(output: str | Path, rank: int = 0, world_size: int = 1) -> P
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``.
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``.
 
     A crash mid-write leaves the previous file at ``path`` untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+    atomic_write(path, write, fsync=True)
 
 
 def rng_state() -> dict[str, Any]:

@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from quality_lora._atomic import atomic_write
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -40,7 +42,13 @@ def _init_distributed() -> bool:
 def run(config_path: str | Path, overrides: list[str] | None = None, resume: bool = False,
         stop_at: int | None = None) -> list[float]:
     """Build everything from the config and train; returns the loss history."""
-    from quality_lora.training.build import build_alpha, build_dataset, build_head, build_model, dataset_num_classes
+    from quality_lora.training.build import (
+        build_alpha,
+        build_dataset,
+        build_head,
+        build_model,
+        dataset_num_classes,
+    )
     from quality_lora.training.config import TrainConfig
     from quality_lora.training.trainer import Trainer
 
@@ -74,9 +82,7 @@ def _export(trainer, scorer, alpha_map) -> None:  # type: ignore[no-untyped-def]
         from safetensors.torch import save_file
 
         state = {k: v.contiguous() for k, v in trainer.model.state_dict().items()}
-        tmp = out / ".model.safetensors.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, out / "model.safetensors")
+        atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
     else:
         from quality_lora.io import save_adapters
 
