@@ -44,15 +44,14 @@ def _head(s: DemoSettings, num_classes: int) -> nn.Module:
     return PartialFC(CosFace(s=s.logit_scale, m=s.margin), s.embedding_size, num_classes)
 
 
-@torch.no_grad()
 def embed(model: Callable[[torch.Tensor], torch.Tensor], images01: torch.Tensor, device: torch.device,
           batch: int = 256) -> torch.Tensor:
-    """Raw embedding of each image plus that of its mirror (PETALface's flip fusion): (N, D) on CPU."""
-    out = []
-    for i in range(0, len(images01), batch):
-        x = to_input(images01[i:i + batch]).to(device)
-        out.append((model(x) + model(torch.flip(x, dims=[3]))).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    """Embedding of each image fused with its mirror's as PETALface does (raw sum, then L2-normalised):
+    (N, D) on CPU. Each mirrored image gets its own alpha."""
+    from quality_lora.evaluation.embed import embed_images
+
+    batches = (to_input(images01[i:i + batch]) for i in range(0, len(images01), batch))
+    return embed_images(model, batches, flip=True, device=device, progress=False).fused("raw_sum")
 
 
 def pretrain(s: DemoSettings, data: TrainSet, device: torch.device, log: Log) -> tuple[nn.Module, float]:
@@ -127,7 +126,7 @@ def adapt(method: str, base: nn.Module, s: DemoSettings, data: TrainSet, device:
     if method != "full":
         ql.inject_adapters(model, TARGETS[method], r=s.rank, scale=1.0, dropout=0.1)
     head = _head(s, data.num_classes)
-    feats = torch.nn.functional.normalize(embed(base, data.images, device), dim=1)
+    feats = embed(base, data.images, device)
     centres = torch.zeros(data.num_classes, feats.shape[1]).index_add_(0, data.labels, feats)
     with torch.no_grad():
         head.weight.copy_(torch.nn.functional.normalize(centres, dim=1))
