@@ -173,3 +173,17 @@ def test_cli_end_to_end(tmp_path, shared_dir, capsys):
     for png in ("cmc_tinyface.png", "roc_toy.png", "quality_tinyface_petal.png"):
         assert (out / png).is_file()
     assert main(["--model", "x", "--bin", str(bin_path)]) == 2
+
+
+def test_cli_loads_converted_folder_like_the_original_checkpoint(tmp_path, shared_dir):
+    from quality_lora.evaluation.cli import load_model
+    from quality_lora.models.convert import main as convert_main
+
+    pt = shared_dir / "fixtures" / "petalface_reference" / "tiny_petalface_model.pt"
+    assert convert_main([str(pt), str(tmp_path / "converted")]) == 0
+    images = torch.rand(2, 3, 120, 120) * 2 - 1
+    alpha = torch.tensor([0.2, 0.9])
+    original = load_model(str(pt), "cpu")
+    converted = load_model(str(tmp_path / "converted"), "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(converted(images, alpha=alpha), original(images, alpha=alpha))

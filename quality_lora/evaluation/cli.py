@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quality-lora eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", required=True, metavar="NAME=PATH",
-                   help="model to evaluate (repeatable); PATH is a model.pt file or HUB_REPO:SUBFOLDER")
+                   help="model to evaluate (repeatable); PATH is a model.pt file, a folder written by `quality-lora convert`, or HUB_REPO:SUBFOLDER")
     p.add_argument("--bin", action="append", default=[], metavar="FILE", help=".bin verification set (repeatable)")
     p.add_argument("--tinyface", metavar="DIR", help="TinyFace test folder (Probe/, Gallery_Match/, Gallery_Distractor/)")
     p.add_argument("--ijb", metavar="DIR", help="IJB-B/C release folder (meta/, loose_crop/)")
@@ -63,11 +63,15 @@ def _cuda() -> bool:
 def load_model(spec: str, device: str, scorer: str | None = None, threshold: float = 0.5,
                legacy_scoring: bool = False) -> Callable:
     """``path`` or ``repo:subfolder`` -> model in eval mode (via ``quality_lora.models``), wrapped
-    in a ``QualityGatedModel`` when ``scorer`` is given."""
+    in a ``QualityGatedModel`` when ``scorer`` is given. ``path`` is an original ``model.pt`` or a
+    folder written by ``quality-lora convert`` (base weights + adapter files)."""
     from quality_lora import models
 
-    source = (tuple(spec.split(":", 1)) if ":" in spec and not os.path.exists(spec) else spec)
-    model = models.load_petalface(source)
+    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, models.convert.CONFIG_NAME)):
+        model = models.load_converted(spec)
+    else:
+        source = (tuple(spec.split(":", 1)) if ":" in spec and not os.path.exists(spec) else spec)
+        model = models.load_petalface(source)
     if scorer is not None:
         from quality_lora.quality import AlphaMap, QualityGatedModel
         from quality_lora.quality.base import scorer_from_description
