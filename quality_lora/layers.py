@@ -134,17 +134,16 @@ class QualityGatedLoRA(AdapterLayer):
         self.called = True
         x2 = x.reshape(-1, x.shape[-1])
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        # Gate per row and hidden column: (1 − α)·scale on the lq half, α·scale on the hq half.
-        gate = torch.stack((1.0 - a, a), dim=-1).to(dtype).mul_(self.scale).repeat_interleave(self.r, dim=-1)
+        gate = branch_gate(a, self.r, self.scale, dtype)
         if self.training and self.dropout_p > 0:
             # Independent dropout per branch output (as the original) rules out the fused up-projection.
-            hidden = _gate_rows(F.linear(x2, self.lora_A), gate)
+            hidden = gate_rows(F.linear(x2, self.lora_A), gate)
             up = self.dropout(F.linear(hidden[:, : self.r], self.lq_B))
             up = up + self.dropout(F.linear(hidden[:, self.r :], self.hq_B))
             out = F.linear(x2, self.base.weight, self.base.bias) + up
         elif torch.is_autocast_enabled(x.device.type):
             # Autocast picks the matmul dtypes; the fused Function would bypass it.
-            hidden = _gate_rows(F.linear(x2, self.lora_A), gate)
+            hidden = gate_rows(F.linear(x2, self.lora_A), gate)
             out = F.linear(x2, self.base.weight, self.base.bias) + F.linear(hidden, self.lora_B)
         else:
             out = _FusedGatedLinear.apply(x2, self.lora_A, self.lora_B, self.base.weight, self.base.bias, gate)
@@ -152,10 +151,23 @@ class QualityGatedLoRA(AdapterLayer):
 
     def delta_weight(self, alpha: float = 1.0) -> Tensor:
         """``scale · ((1 − α) B_lq A_lq + α B_hq A_hq)`` as an (out, in) matrix."""
-        return self.scale * ((1.0 - alpha) * (self.lq_B @ self.lq_A) + alpha * (self.hq_B @ self.hq_A))
+        return gated_delta_weight(self.lora_A, self.lora_B, self.r, self.scale, alpha)
 
 
-def _gate_rows(hidden: Tensor, gate: Tensor) -> Tensor:
+def branch_gate(alpha: Tensor, r: int, scale: float, dtype: torch.dtype) -> Tensor:
+    """Per-row weights of the 2r hidden columns: (1 − α)·scale on the lq half, α·scale on the hq half.
+
+    alpha (rows,) -> (rows, 2r).
+    """
+    return torch.stack((1.0 - alpha, alpha), dim=-1).to(dtype).mul_(scale).repeat_interleave(r, dim=-1)
+
+
+def gated_delta_weight(lora_a: Tensor, lora_b: Tensor, r: int, scale: float, alpha: float) -> Tensor:
+    """Fused two-branch adapter (A (2r, in), B (out, 2r)) as a dense (out, in) matrix at a fixed alpha."""
+    return scale * ((1.0 - alpha) * (lora_b[:, :r] @ lora_a[:r]) + alpha * (lora_b[:, r:] @ lora_a[r:]))
+
+
+def gate_rows(hidden: Tensor, gate: Tensor) -> Tensor:
     """Multiply (M, 2r) hidden rows by a (rows, 2r) gate, M = k·rows (batch outermost)."""
     rows = gate.shape[0]
     return (hidden.view(rows, -1, hidden.shape[-1]) * gate.unsqueeze(1)).view_as(hidden)
@@ -173,7 +185,7 @@ class _FusedGatedLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lora_a, lora_b, weight, bias, gate):  # type: ignore[override]
-        hidden = _gate_rows(x @ lora_a.t(), gate)
+        hidden = gate_rows(x @ lora_a.t(), gate)
         joint_in = torch.cat((x, hidden), dim=1)
         joint_w = torch.cat((weight, lora_b), dim=1)
         out = torch.addmm(bias, joint_in, joint_w.t()) if bias is not None else joint_in @ joint_w.t()
@@ -192,7 +204,7 @@ class _FusedGatedLinear(torch.autograd.Function):
             grad_x, grad_hidden = joint[:, :in_features], joint[:, in_features:]
         else:
             grad_hidden = grad_out @ lora_b
-        grad_h = _gate_rows(grad_hidden, gate)
+        grad_h = gate_rows(grad_hidden, gate)
         if need_x:
             grad_x = grad_x.addmm_(grad_h, lora_a)
         if need_a:

@@ -24,7 +24,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import Tensor, nn
 
 from quality_lora.gate import AlphaState, resolve_alpha
-from quality_lora.layers import AdapterLayer
+from quality_lora.layers import AdapterLayer, branch_gate, gate_rows, gated_delta_weight
 
 __all__ = ["QualityLoraLinear"]
 
@@ -162,7 +162,7 @@ class QualityLoraLinear(AdapterLayer, BaseTunerLayer):
                 f"layer {self.adapter_name!r}: merging gated adapter {adapter!r} needs a fixed alpha; call "
                 "peft_model.merge_and_unload(alpha=1.0) (or merge_adapter(alpha=...))"
             )
-        return scale * ((1.0 - alpha) * (b[:, :r] @ a[:r]) + alpha * (b[:, r:] @ a[r:]))
+        return gated_delta_weight(a, b, r, scale, alpha)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         """Add the active (or given) adapters into the base weight at ``self.merge_alpha``."""
@@ -228,11 +228,7 @@ class QualityLoraLinear(AdapterLayer, BaseTunerLayer):
         hidden = F.linear(x2, a)
         if self.ql_kind[name] == "lora":
             return drop(F.linear(hidden, b) * scale)
-        rows = alpha.shape[0]  # type: ignore[union-attr]
-        a_rows = alpha.to(device=hidden.device)  # type: ignore[union-attr]
-        # Per row and hidden column: (1 − α)·scale on the lq half, α·scale on the hq half.
-        gate = torch.stack((1.0 - a_rows, a_rows), dim=-1).to(hidden.dtype).mul_(scale).repeat_interleave(r, dim=-1)
-        hidden = (hidden.view(rows, -1, 2 * r) * gate.unsqueeze(1)).view_as(hidden)
+        hidden = gate_rows(hidden, branch_gate(alpha.to(device=hidden.device), r, scale, hidden.dtype))  # type: ignore[union-attr]
         if self.training and self.ql_dropout[name] > 0:
             # Independent dropout on each branch output, as quality_lora.layers and the original.
             return drop(F.linear(hidden[:, :r], b[:, :r])) + drop(F.linear(hidden[:, r:], b[:, r:]))
