@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -118,15 +117,6 @@ def model_fingerprint(model) -> str:
             h.update(k.encode())
             h.update(str(v.dtype).encode())
             h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def file_fingerprint(paths: Iterable[str | Path]) -> str:
-    """sha256 over each file's path, size and mtime (cheap: contents are not read)."""
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 

@@ -12,7 +12,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .embed import EmbeddingCache, Embeddings, embed_images, file_fingerprint, model_fingerprint
+from quality_lora.data.common import fingerprint
+
+from .embed import EmbeddingCache, Embeddings, embed_images, model_fingerprint
 from .identification import identification
 from .ijb import align_face, pair_scores, read_ijb_meta, roc, tar_at_far, template_features
 from .verification import verification_accuracy
@@ -129,7 +131,7 @@ def evaluate_ijb(model: Callable, root: str | Path, target: str = "IJBC", *, siz
     keep = np.flatnonzero(present)
     names = [meta.names[i] for i in keep]
     ds = _IJBImages(root, names, meta.landmarks[keep], size)
-    e = _embed_cached(model, ds, file_fingerprint(root / "loose_crop" / n for n in names), cache_dir=cache_dir,
+    e = _embed_cached(model, ds, fingerprint([root / "loose_crop" / n for n in names], len(names)), cache_dir=cache_dir,
                       batch_size=batch_size, num_workers=num_workers, device=device,
                       desc=target.lower(), size=size, names=names)
     # insightface (eval_ijbc.py, F2 + N1 + D1): raw image + raw mirror embedding, times face score.
